@@ -1,0 +1,1 @@
+"""Exporters: they only export; timing and retries belong to the agent."""

@@ -1,0 +1,1 @@
+"""Integrations with servers and training loops (ASGI, WSGI, Hugging Face Trainer)."""
