@@ -61,6 +61,6 @@ def render_measurement(result, *, steps: bool = True) -> str:
     parts = [device_table(result)]
     if steps and (table := step_table(result)) is not None:
         parts.append(table)
-    for missing in result.unavailable:
-        parts.append(f"[dim]{missing.collector}: {missing.reason}[/dim]")
-    return to_text(*parts)
+    # Reasons are plain lines, never wrapped, so each can be grepped whole.
+    reasons = "".join(f"{m.collector}: {m.reason}\n" for m in result.unavailable)
+    return to_text(*parts) + reasons

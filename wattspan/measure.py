@@ -137,9 +137,9 @@ class _Step:
         self.start_ns = time.monotonic_ns()
         self.end_ns: int | None = None
 
-    def end(self) -> None:
+    def end(self, t_ns: int | None = None) -> None:
         if self.end_ns is None:
-            self.end_ns = time.monotonic_ns()
+            self.end_ns = time.monotonic_ns() if t_ns is None else t_ns
 
     def __enter__(self) -> _Step:
         return self
@@ -243,7 +243,7 @@ class Measurement:
             return self.result
         end_ns = time.monotonic_ns()
         if self._open_step is not None:
-            self._open_step.end()
+            self._open_step.end(end_ns)
         try:
             self._sampler.wait_until(lambda: self._settled(end_ns), self._lateness_s())
         finally:
