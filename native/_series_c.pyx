@@ -4,8 +4,8 @@
 The module docstring of ``_series_py`` is the specification; this file mirrors it operation
 for operation (same float expressions in the same order, the same exact int/float comparisons
 that Python makes), so both give the same results. Only storage differs: the ring is three
-malloc'd C arrays, and the kernel builds its anchor and power-shape arrays in one C buffer per
-call and answers each query by binary search, without the GIL.
+malloc'd C arrays, and the kernel builds its anchor, power-shape and per-step switch arrays in
+one C buffer per call and answers each query by binary search, without the GIL.
 """
 
 from cpython.array cimport array, clone
@@ -286,6 +286,7 @@ def _restore_ring(cls, capacity, readings, overruns):
 
 cdef struct Series:
     Py_ssize_t np  # power readings: times, shape S at each, held-back power
+    bint pt_sorted  # power times non-decreasing (each stream in time order: always in use)
     int64_t* pt
     double* ps
     double* pv
@@ -329,11 +330,14 @@ cdef void _build(Series* s, const int64_t[:] t, const double[:] e, const double[
     cdef double pw, c, tau, prev_c = 0.0
     cdef int64_t prev_t = 0, last_t
     cdef bint prev_changed = False
+    s.pt_sorted = True
     for i in range(n):
         pw = p[i]
         if pw != pw:
             continue
         if np:
+            if t[i] < s.pt[np - 1]:
+                s.pt_sorted = False
             s.ps[np] = s.ps[np - 1] + pw * <double>(t[i] - s.pt[np - 1]) * _NS
         else:
             s.ps[np] = 0.0
@@ -392,16 +396,12 @@ cdef void _switches(Series* s) noexcept nogil:
 
     Mirrors the twin's ``_Series._switch``, whose scan for step k starts at
     ``bisect_right(pt, at[k])``. Power times are sorted (each stream is in time order), so one
-    pointer walks them alongside the anchors: O(np + na) in all. Unsorted input (no caller
-    makes it) takes the twin's own bisection, to give the same results there too."""
+    pointer walks them alongside the anchors (which strictly increase): O(np + na) in all.
+    Unsorted power times (no caller makes them) take the twin's own bisection instead, so the
+    results are the same there too."""
     cdef Py_ssize_t np = s.np, na = s.na, j, j0 = 0, k, change, lo, hi, mid
-    cdef bint sorted_pt = True
     cdef double t0, t1, p_before, p_after, x
     cdef int c
-    for j in range(1, np):
-        if s.pt[j] < s.pt[j - 1]:
-            sorted_pt = False
-            break
     for k in range(na - 1):
         s.sw_x[k] = _NAN
         s.sw_a[k] = _NAN
@@ -411,7 +411,7 @@ cdef void _switches(Series* s) noexcept nogil:
         # not pt or pt[0] > t0 or pt[-1] < t1
         if np == 0 or _cmp_dq(t0, s.pt[0]) == -1 or _cmp_dq(t1, s.pt[np - 1]) == 1:
             continue
-        if sorted_pt:  # bisect_right(pt, t0): the first power time above t0
+        if s.pt_sorted:  # bisect_right(pt, t0): the first power time above t0
             while j0 < np and _cmp_dq(t0, s.pt[j0]) != -1:
                 j0 += 1
             j = j0
@@ -590,6 +590,7 @@ cdef class _SeriesBuffer:
             raise MemoryError()
         self.s.np = 0
         self.s.na = 0
+        self.s.pt_sorted = True
         self.s.pt = <int64_t*>self.block
         self.s.ps = <double*>self.block + m
         self.s.pv = <double*>self.block + 2 * m

@@ -353,8 +353,8 @@ def test_switch_is_a_breakpoint_and_each_piece_has_one_level(native_impl):
 
 def test_switch_does_not_depend_on_how_the_streams_are_interleaved(native_impl):
     t, e, p = _switch_device(22.38, _ONE_SWITCH)
-    rows = sorted(zip(t, e, p, strict=True), key=lambda row: row[0])  # stable: one time order
-    merged = tuple(array(code, column) for code, column in zip("qdd", zip(*rows), strict=True))
+    order = sorted(range(len(t)), key=t.__getitem__)  # stable: one time order
+    merged = tuple(array(c.typecode, [c[i] for i in order]) for c in (t, e, p))
     assert list(merged[0]) != list(t)
     q = [x * MS for x in range(0, 260, 3)]
     assert native_impl.energy_at(*merged, q) == native_impl.energy_at(t, e, p, q)
@@ -634,7 +634,7 @@ def switching(draw, max_n=40):
 @st.composite
 def shuffled(draw):
     """Any snapshot in any row order: no caller makes one, the twins must still agree."""
-    t, e, p = draw(readings())
+    t, e, p = draw(readings() | switching())
     order = draw(st.permutations(range(len(t))))
     return (array("q", [t[i] for i in order]), array("d", [e[i] for i in order]),
             array("d", [p[i] for i in order]))
@@ -707,6 +707,18 @@ def test_parity_power_switching_between_levels(native_twins, data):
 def test_parity_any_row_order(native_twins, data):
     t, e, p = data.draw(shuffled())
     _assert_parity(*native_twins, t, e, p, data.draw(queries(t)))
+
+
+def test_parity_switch_with_unsorted_power_times(native_twins):
+    # No caller makes it, but the twins agree on it too: the compiled kernel walks sorted power
+    # times with one pointer, and takes the twin's bisection when they are not sorted. Here
+    # bisect_right(pt, 100 ms) lands on the sample at 120 ms (a pointer would stop at 300 ms)
+    # and the step from 100 to 200 ms sees one change, 320 -> 60 W: the switch is solved.
+    t, e, p = _switch_device(22.38, [320.0] * 5 + [60.0] * 2, [0, 50, 300, 20, 120, 180, 350])
+    q = [x * MS for x in range(-10, 360, 7)]
+    _assert_parity(*native_twins, t, e, p, q)
+    for impl in native_twins:
+        assert 163 * MS in impl.breakpoints_ns(t, e, p, 0, 350 * MS)
 
 
 def test_parity_more_power_points_than_readings(native_twins):
