@@ -119,6 +119,13 @@ class DeviceTimeline:
             return methods[0] == native.METHOD_COUNTER and hi >= t_ns
         return hi >= t_ns
 
+    def watermark_ns(self) -> int | None:
+        """The latest time whose energy is settled: the last counter step for counter
+        devices (a step dates everything before it), else the last power reading."""
+        with self._lock:
+            ring = self._counter if len(self._counter) else self._power
+            return ring.last_t_ns() - 1 if len(ring) else None
+
     def errors_between(self, t0_ns: int, t1_ns: int) -> int:
         with self._lock:
             return sum(1 for t in self._errors_ns if t0_ns <= t <= t1_ns)
@@ -165,6 +172,37 @@ class DeviceTimeline:
     def energy_between(self, t0_ns: int, t1_ns: int,
                        baseline_w: float | None = None) -> DeviceEnergy:
         return self.energies([t0_ns, t1_ns], baseline_w)[0]
+
+    def energy_pieces(self, start_ns: int, end_ns: int, baseline_w: float | None = None
+                      ) -> tuple[DeviceEnergy, list[tuple[int, int, float, int]]]:
+        """The figure over [start, end] and the curve behind it, both from one snapshot.
+
+        The pieces ``(s_ns, f_ns, energy_j, covered_ns)`` tile [start, end] at the kernel's
+        breakpoints, so power is constant on each. ``energy_j`` is E(f) - E(s), so the pieces
+        add up to the figure's E(end) - E(start) to rounding (a piece outside the covered
+        range, where E is clamped, has 0 J); ``covered_ns`` is the part of the piece inside
+        the covered range, and the piece's power ``energy_j / (covered_ns * 1e-9)`` is
+        unknown where it is 0. No pieces when the figure is unknown (``energy_j`` None).
+        """
+        t, e, p = self._snapshot()
+        if not len(t) or end_ns <= start_ns:
+            none = native.METHOD_NONE
+            return self._figure(start_ns, end_ns, NAN, NAN, none, none, -1, -1, [],
+                                baseline_w), []
+        points = [start_ns, *native.breakpoints_ns(t, e, p, start_ns, end_ns), end_ns]
+        values, methods, lo, hi = native.energy_at(t, e, p, points)
+        pieces = []
+        shaped = []  # fully covered pieces, as (s, f, power_w), for the peak and dynamic energy
+        for s, f, e0, e1 in zip(points, points[1:], values, values[1:], strict=False):
+            if lo <= s and f <= hi:
+                pieces.append((s, f, e1 - e0, f - s))
+                shaped.append((s, f, (e1 - e0) / ((f - s) * 1e-9)))
+                continue
+            covered = (f if f < hi else hi) - (s if s > lo else lo)
+            pieces.append((s, f, e1 - e0, covered if covered > 0 else 0))
+        figure = self._figure(start_ns, end_ns, values[0], values[-1], methods[0], methods[-1],
+                              lo, hi, shaped, baseline_w)
+        return figure, (pieces if figure.energy_j is not None else [])
 
     def _figure(self, a, b, e0, e1, m0, m1, lo, hi, pieces, baseline_w) -> DeviceEnergy:
         dev = self.info.device_id

@@ -333,6 +333,27 @@ class NvmlCollector:
         return True
 
 
+    def gpus_by_pid(self) -> dict[int, set[str]]:
+        """Device ids of the GPUs on which each process has a running compute context.
+
+        Pids are as the host sees them: a process in another pid namespace (a container)
+        appears under its host pid.
+        """
+        nv = _pynvml()
+        found: dict[int, set[str]] = {}
+        for gpu in self._gpus:
+            if gpu.lost_since_ns is not None:
+                continue
+            try:
+                processes = nv.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
+            except nv.NVMLError as err:
+                _log.debug("GPU %s processes: %s", gpu.uuid, err)
+                continue
+            for process in processes:
+                found.setdefault(process.pid, set()).add(gpu.info.device_id)
+        return found
+
+
 def _init_reason(library: str, err: WattspanDeviceError) -> str:
     text = str(err)
     if "Library Not Found" in text or "cannot load" in text:

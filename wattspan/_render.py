@@ -64,3 +64,47 @@ def render_measurement(result, *, steps: bool = True) -> str:
     # Reasons are plain lines, never wrapped, so each can be grepped whole.
     reasons = "".join(f"{m.collector}: {m.reason}\n" for m in result.unavailable)
     return to_text(*parts) + reasons
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def render_spans(spans: list[dict], device_records: list[dict] | None = None,
+                 top: int = 10) -> str:
+    """Energy per span name (count, total, per-span percentiles) and the costliest requests."""
+    by_name: dict[str, list[dict]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(span)
+    table = Table(title="energy per span name", title_justify="left")
+    for column in ("span", "count", "total J", "mean J", "p50 J", "p95 J", "dynamic J",
+                   "quality"):
+        table.add_column(column, justify="left" if column in ("span", "quality") else "right")
+    from wattspan.collectors.base import Quality
+
+    for name, group in sorted(by_name.items()):
+        known = [s["energy_j"] for s in group if s["energy_j"] is not None]
+        dynamic = [s["dynamic_energy_j"] for s in group if s["dynamic_energy_j"] is not None]
+        quality = Quality.worst(*(Quality(s["quality"]) for s in group)).value
+        unknown = len(group) - len(known)
+        table.add_row(
+            name, f"{len(group):,}" + (f" ({unknown} unknown)" if unknown else ""),
+            _num(sum(known) if known else None), _num(sum(known) / len(known) if known else None),
+            _num(_percentile(known, 50) if known else None),
+            _num(_percentile(known, 95) if known else None),
+            _num(sum(dynamic) if dynamic else None), quality)
+    parts = [table]
+    costly = sorted((s for s in spans if s["energy_j"] is not None),
+                    key=lambda s: s["energy_j"], reverse=True)[:top]
+    if costly:
+        requests = Table(title=f"costliest requests (top {len(costly)})", title_justify="left")
+        for column in ("request", "span", "duration s", "energy J", "dynamic J", "quality"):
+            requests.add_column(column, justify="right" if column.endswith(("s", "J")) else "left")
+        for s in costly:
+            requests.add_row(s["request_id"] or s["span_id"], s["name"],
+                             f"{s['duration_s']:.3f}", _num(s["energy_j"]),
+                             _num(s["dynamic_energy_j"]), s["quality"])
+        parts.append(requests)
+    return to_text(*parts)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
 from wattspan.config import ConfigError, load
 
@@ -67,6 +69,11 @@ def cmd_devices(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import tempfile
+
+    from wattspan.agent.service import Agent, AgentOptions
+    from wattspan.exporters.jsonl import JsonlExporter
+    from wattspan.exporters.memory import MemoryExporter
     from wattspan.measure import measure
 
     command = list(args.command)
@@ -77,31 +84,66 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 2
     settings = _settings(args, **{"sampling.interval_ms": args.interval_ms})
-    jsonl = None
+    exporters = [MemoryExporter()]
     if args.jsonl:
         try:
-            jsonl = open(args.jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+            open(args.jsonl, "a").close()
         except OSError as err:
-            print(f"wattspan run: cannot open {args.jsonl}: {err}", file=sys.stderr)
+            print(f"wattspan run: cannot write {args.jsonl}: {err}", file=sys.stderr)
             return 2
+        exporters.append(_SpansOnly(JsonlExporter(args.jsonl)))
 
     m = measure(" ".join(command), settings=settings)
     m.start()
-    returncode = _run_child(command)
-    result = m.stop()
+    # The command's spans go to an agent embedded here, on a socket only this user reaches.
+    with tempfile.TemporaryDirectory(prefix="wattspan-run-") as private:
+        endpoint = f"ipc://{private}/spans/spans.sock"
+        agent = Agent(settings, AgentOptions(endpoint=endpoint), exporters, host=m.host)
+        agent.start()
+        try:
+            returncode = _run_child(command, {**os.environ, "WATTSPAN_ENDPOINT": endpoint})
+        finally:
+            agent.stop()
+            result = m.stop()
+    memory = exporters[0]
+    spans = memory.of_type("span")
+    from wattspan._render import render_spans
+
     sys.stderr.write(result.table())
-    if jsonl is not None:
-        with jsonl:
-            host = socket.gethostname()
-            for record in result.device_records(host=host):
-                jsonl.write(json.dumps(record) + "\n")
+    if spans:
+        sys.stderr.write(render_spans(spans, memory.of_type("device")))
+    if args.jsonl:
+        attributed: dict[str, float] = {}
+        for span in spans:
+            for device_id, share in span["devices"].items():
+                if share["energy_j"] is not None:
+                    attributed[device_id] = attributed.get(device_id, 0.0) + share["energy_j"]
+        records = result.device_records(host=socket.gethostname(), attributed_j=attributed)
+        try:
+            exporters[1].inner.export(records)
+        except OSError as err:
+            print(f"wattspan run: cannot write {args.jsonl}: {err}", file=sys.stderr)
     return returncode
 
 
-def _run_child(command: list[str]) -> int:
+class _SpansOnly:
+    """Passes span records on; device totals for the whole command are written at the end."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def export(self, records: list[dict]) -> bool:
+        return self.inner.export([r for r in records if r["type"] == "span"])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def _run_child(command: list[str], env: dict[str, str]) -> int:
     """Run the command, forwarding signals; return its exit code (128+N if killed by N)."""
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, env=env)
     except OSError as err:
         print(f"wattspan run: cannot start {command[0]}: {err.strerror}", file=sys.stderr)
         return 127 if isinstance(err, FileNotFoundError) else 126
@@ -127,6 +169,46 @@ def _run_child(command: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
+# --- agent
+
+
+def cmd_agent(args) -> int:
+    from wattspan import protocol
+    from wattspan.agent.ingest import EndpointError
+    from wattspan.agent.service import Agent, AgentOptions
+    from wattspan.exporters.jsonl import JsonlExporter
+
+    settings = _settings(args, **{"sampling.interval_ms": args.interval_ms})
+    endpoint = args.endpoint or protocol.default_endpoint()
+    exporters = [JsonlExporter(args.jsonl) if args.jsonl else JsonlExporter(stream=sys.stdout)]
+    options = AgentOptions(endpoint=endpoint, allow_remote=args.allow_remote,
+                           socket_group=args.socket_group,
+                           report_interval_s=args.report_interval_s)
+    agent = Agent(settings, options, exporters)
+    try:
+        agent.start()
+    except EndpointError as err:
+        print(f"wattspan agent: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    devices = ", ".join(d.device_id for d in agent.host.devices) or "none"
+    print(f"wattspan agent: listening on {endpoint}; measuring {devices}", file=sys.stderr)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        agent.stop()
+    stats = agent.table.stats
+    print(f"wattspan agent: stopped; {agent.spans_exported} spans exported, "
+          f"{stats.malformed} malformed messages, {stats.orphan_ends} orphan ends",
+          file=sys.stderr)
+    return 0
+
+
 # --- entry point
 
 
@@ -150,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("agent", help="run the sidecar that attributes energy to spans")
+    p.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT (default: "
+                   "$WATTSPAN_ENDPOINT, else a Unix socket under the runtime directory)")
+    p.add_argument("--jsonl", help="append records to this file (default: standard output)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a TCP endpoint on a non-loopback address")
+    p.add_argument("--socket-group", help="group allowed to send spans on the Unix socket")
+    p.add_argument("--report-interval-s", type=float, default=10.0,
+                   help="time covered by each device record (default 10)")
+    p.add_argument("--interval-ms", type=float, help="sampling period (default 5)")
+    p.add_argument("--config", help="TOML configuration file")
+    p.set_defaults(func=cmd_agent)
     return parser
 
 

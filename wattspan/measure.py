@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wattspan.agent.clock import UnixOffset
-from wattspan.agent.discovery import Discovery, discover
-from wattspan.agent.sampler import Sampler
-from wattspan.agent.timeline import DeviceEnergy, Timeline
+from wattspan.agent.host import HostSampling
+from wattspan.agent.timeline import DeviceEnergy
 from wattspan.collectors.base import DeviceInfo, Quality, Unavailable
 from wattspan.config import Settings, load
 
@@ -82,11 +81,15 @@ class MeasurementResult:
     def quality(self) -> Quality:
         return _worst(self.devices.values())
 
-    def device_records(self, host: str | None = None) -> list[dict]:
-        """One ``type: device`` record per device, in the JSONL schema."""
+    def device_records(self, host: str | None = None,
+                       attributed_j: dict[str, float] | None = None) -> list[dict]:
+        """One ``type: device`` record per device, in the JSONL schema; ``attributed_j`` is
+        what spans received of each device (none when there were no spans)."""
         offset = self.start_unix_ns - self.start_ns
         records = []
+        attributed_j = attributed_j or {}
         for device_id, figure in self.devices.items():
+            given = attributed_j.get(device_id, 0.0)
             records.append({
                 "type": "device",
                 "device": device_id,
@@ -95,8 +98,8 @@ class MeasurementResult:
                 "end_unix_ns": figure.end_ns + offset,
                 "energy_j": figure.energy_j,
                 "dynamic_energy_j": figure.dynamic_energy_j,
-                "attributed_j": 0.0 if figure.energy_j is not None else None,
-                "unattributed_j": figure.energy_j,
+                "attributed_j": given if figure.energy_j is not None else None,
+                "unattributed_j": None if figure.energy_j is None else figure.energy_j - given,
                 "avg_power_w": figure.avg_power_w,
                 "peak_power_w": figure.peak_power_w,
                 "idle_w": figure.idle_w,
@@ -149,35 +152,16 @@ class _Step:
 
 
 def select_devices(devices: Iterable[DeviceInfo], wanted) -> list[DeviceInfo]:
-    """Resolve the ``devices=`` argument: device ids, GPU UUIDs, kinds, or CUDA indices.
+    """Resolve the ``devices=`` argument: device ids, GPU UUIDs, kinds, or CUDA indices as
+    this process sees them (through its ``CUDA_VISIBLE_DEVICES``); None selects all."""
+    import os
 
-    Integers are CUDA device indices as this process sees them: mapped through
-    ``CUDA_VISIBLE_DEVICES`` (UUIDs or NVML indices) to the GPU they name.
-    """
+    from wattspan.agent.devices import select
+
     devices = list(devices)
     if wanted is None:
         return devices
-    import os
-
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-               if v.strip()]
-    chosen: list[DeviceInfo] = []
-    for item in wanted if isinstance(wanted, (list, tuple, set)) else [wanted]:
-        if isinstance(item, int):
-            token = visible[item] if item < len(visible) else (None if visible else str(item))
-            if token is None:
-                raise ValueError(f"CUDA device {item} is not in CUDA_VISIBLE_DEVICES={visible}")
-            match = [d for d in devices if d.kind == "gpu" and (
-                d.details.get("uuid", "").startswith(token) if token.startswith(("GPU-", "MIG-"))
-                else str(d.details.get("nvml_index")) == token)]
-        else:
-            match = [d for d in devices if item in (d.device_id, d.kind, d.details.get("uuid"))
-                     or d.device_id.startswith(f"{item}:")]
-        if not match:
-            known = ", ".join(d.device_id for d in devices) or "none"
-            raise ValueError(f"no device matches {item!r}; found: {known}")
-        chosen.extend(d for d in match if d not in chosen)
-    return chosen
+    return select(devices, wanted, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 class Measurement:
@@ -187,10 +171,7 @@ class Measurement:
                  settings: Settings | None = None) -> None:
         self.name = name
         self.settings = settings or load(overrides={"sampling.interval_ms": interval_ms})
-        self._wanted = devices
-        self._discovery: Discovery | None = None
-        self._sampler: Sampler | None = None
-        self._timeline: Timeline | None = None
+        self.host = HostSampling(self.settings, lambda found: select_devices(found, devices))
         self._steps: list[_Step] = []
         self._open_step: _Step | None = None
         self._start_ns = 0
@@ -199,7 +180,7 @@ class Measurement:
 
     @property
     def devices(self) -> list[DeviceInfo]:
-        return [t.info for t in self._timeline] if self._timeline else []
+        return self.host.devices
 
     def __enter__(self) -> Measurement:
         self.start()
@@ -209,27 +190,15 @@ class Measurement:
         self.stop()
 
     def start(self) -> None:
-        discovery = discover(self.settings)
-        self._discovery = discovery
-        chosen = select_devices(discovery.devices, self._wanted)
-        for info in discovery.devices:
-            if info not in chosen:
-                _log.debug("not measuring %s", info.device_id)
-        self._timeline = Timeline(self.settings.get("sampling", "ring_capacity"))
-        for info in chosen:
-            self._timeline.add_device(info)
-        self._sampler = Sampler(discovery.collectors, self._timeline, self.settings.interval_ms)
-        self._sampler.tick(force=True)
-        self._sampler.start()
+        self.host.start()
         # Wait until counters have stepped once, so the start lies inside measured data.
-        probe_ns = time.monotonic_ns()
-        self._sampler.wait_until(lambda: self._settled(probe_ns), self._lateness_s())
+        self.host.wait_settled(time.monotonic_ns())
         self._start_ns = time.monotonic_ns()
         self._unix.refresh()
 
     def step(self, name: str | None = None) -> _Step:
         """Begin a step: ``with m.step():`` or plain ``m.step()`` (ends the previous one)."""
-        if self._timeline is None:
+        if self.host.timeline is None:
             raise RuntimeError("step() outside the measured block")
         if self._open_step is not None:
             self._open_step.end()
@@ -245,30 +214,17 @@ class Measurement:
         if self._open_step is not None:
             self._open_step.end(end_ns)
         try:
-            self._sampler.wait_until(lambda: self._settled(end_ns), self._lateness_s())
+            self.host.wait_settled(end_ns)
         finally:
-            self._sampler.stop()
-            self._sampler.tick(force=True)
-            self._discovery.close()
+            self.host.stop()
         self.result = self._compute(end_ns)
         return self.result
-
-    def _lateness_s(self) -> float:
-        return self.settings.get("sampling", "max_lateness_ms") / 1000.0
-
-    def _settled(self, t_ns: int) -> bool:
-        for timeline in self._timeline:
-            if timeline.last_error is not None and timeline.last_error[0] >= t_ns:
-                continue  # failing now: waiting will not help
-            if not timeline.settled(t_ns):
-                return False
-        return True
 
     def _compute(self, end_ns: int) -> MeasurementResult:
         start_ns = self._start_ns
         devices: dict[str, DeviceEnergy] = {}
         step_figures: list[dict[str, DeviceEnergy]] = [{} for _ in self._steps]
-        for timeline in self._timeline:
+        for timeline in self.host.timeline:
             baseline = timeline.baseline_w()
             devices[timeline.info.device_id] = timeline.energy_between(start_ns, end_ns, baseline)
             if self._steps:
@@ -286,9 +242,9 @@ class Measurement:
             start_unix_ns=self._unix.to_unix_ns(start_ns),
             end_unix_ns=self._unix.to_unix_ns(end_ns),
             devices=devices,
-            device_info={t.info.device_id: t.info for t in self._timeline},
+            device_info={t.info.device_id: t.info for t in self.host.timeline},
             steps=steps,
-            unavailable=list(self._discovery.unavailable),
+            unavailable=list(self.host.discovery.unavailable),
         )
 
 

@@ -133,8 +133,8 @@ def test_run_survives_a_lost_gpu(fake_gpus, tmp_path):
     ]))
     until_ns = sc.monotonic_ns(5000)
     out = tmp_path / "run.jsonl"
-    result = wattspan("run", "--jsonl", str(out), "--", sys.executable, "-c",
-                      f"import time; time.sleep(max(0.2, ({until_ns} - time.monotonic_ns()) / 1e9))")
+    sleep = f"import time; time.sleep(max(0.2, ({until_ns} - time.monotonic_ns()) / 1e9))"
+    result = wattspan("run", "--jsonl", str(out), "--", sys.executable, "-c", sleep)
     assert result.returncode == 0, result.stderr
     found = records(out)
     assert mono_from_unix(found["gpu:GPU-gone"]["start_unix_ns"]) < sc.monotonic_ns(4000)
@@ -149,15 +149,19 @@ def test_run_survives_a_lost_gpu(fake_gpus, tmp_path):
     assert len(warnings) == 1 and "GPU-gone" in warnings[0] and "lost" in warnings[0]
 
 
-def test_run_demo_prints_estimated_cpu_energy():
-    result = wattspan("run", "--", sys.executable, "-m", "wattspan.demo", "--steps", "2",
-                      "--step-seconds", "0.3", "--pause-seconds", "0.1", env=env_without_nvml())
+def test_run_demo_prints_estimated_cpu_energy_per_device_and_request():
+    result = wattspan("run", "--", sys.executable, "-m", "wattspan.demo", "--requests", "6",
+                      "--concurrency", "3", env=env_without_nvml())
     assert result.returncode == 0, result.stderr
-    assert "step 2/2" in result.stdout
+    assert "served 6 requests" in result.stdout
     cpu_rows = [line for line in result.stderr.splitlines() if line.strip("│ ").startswith("cpu:0")]
     assert cpu_rows and "estimated" in cpu_rows[0]
     energy = float(cpu_rows[0].split("│")[2].replace(",", ""))
     assert energy > 0
+    assert "energy per span name" in result.stderr
+    hash_row = next(line for line in result.stderr.splitlines() if line.startswith("│ hash"))
+    assert hash_row.split("│")[2].strip() == "6"
+    assert "req-00" in result.stderr
 
 
 def test_run_passes_the_exit_code_through():
