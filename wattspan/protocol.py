@@ -125,6 +125,11 @@ HEADER = struct.Struct("<BBHQqid")  # version, kind, flags, span_id, t_ns, pid, 
 BEGIN_STRUCT = struct.Struct("<BBHQqidHHH")  # header + name_len, request_len, extras_len
 END_STRUCT = struct.Struct("<BBHQqidH")  # header + name_len
 assert HEADER.size == 32 and BEGIN_STRUCT.size == 38 and END_STRUCT.size == 34
+_BEGIN_SIZE = BEGIN_STRUCT.size
+_END_SIZE = END_STRUCT.size
+_unpack_begin = BEGIN_STRUCT.unpack_from
+_unpack_end = END_STRUCT.unpack_from
+_INF = math.inf
 
 _EXTRA_KEYS = frozenset(
     ("devices", "attributes", "trace_id", "otel_span_id", "cuda_visible_devices")
@@ -204,14 +209,14 @@ def decode_frame(frame: bytes) -> list[Begin | End]:
         out = []
         pos = 0
         while pos < n:
-            size = _message_size(frame, pos)
             try:
-                out.append(_decode(frame[pos : pos + size]))
+                message, end = _decode_at(frame, pos, n)
             except ProtocolError as err:
-                if not out and pos + size >= n:
+                if not out and pos + _message_size(frame, pos) >= n:
                     raise
                 raise ProtocolError(f"message {len(out)}: {err.reason}") from None
-            pos += size
+            out.append(message)
+            pos = end
         return out
     except ProtocolError:
         raise
@@ -243,60 +248,79 @@ def _decode(frame) -> Begin | End:
     n = len(frame)
     if n > MAX_MESSAGE_BYTES:
         raise ProtocolError("oversized")
-    if n < 1:
+    message, end = _decode_at(frame, 0, n)
+    if end < n:
+        raise ProtocolError("trailing bytes")
+    return message
+
+
+def _decode_at(frame: bytes, pos: int, limit: int) -> tuple[Begin | End, int]:
+    """The message at ``pos`` (read in place: frames are decoded without copying each
+    message out) and where the next one starts."""
+    if limit - pos < 1:
         raise ProtocolError("truncated")
-    if frame[0] != VERSION:
-        raise ProtocolError(f"wrong version {frame[0]}")
-    if n < 2:
+    if frame[pos] != VERSION:
+        raise ProtocolError(f"wrong version {frame[pos]}")
+    if limit - pos < 2:
         raise ProtocolError("truncated")
-    kind = frame[1]
+    kind = frame[pos + 1]
     if kind == BEGIN:
-        if n < BEGIN_STRUCT.size:
+        if limit - pos < _BEGIN_SIZE:
             raise ProtocolError("truncated")
         (_, _, flags, span_id, t_ns, pid, weight, name_len, rid_len, extras_len) = (
-            BEGIN_STRUCT.unpack_from(frame)
+            _unpack_begin(frame, pos)
         )
         if flags:
             raise ProtocolError("unknown flags")
-        _check_common(t_ns, pid)
-        _check_weight(weight)
-        end = BEGIN_STRUCT.size + name_len + rid_len + extras_len
-        if end > n:
+        if t_ns <= 0:
+            raise ProtocolError("t_ns not positive")
+        if pid <= 0:
+            raise ProtocolError("pid not positive")
+        if not 0.0 <= weight < _INF:  # also false for NaN
+            raise ProtocolError("weight negative" if weight < 0 else "weight not finite")
+        start = pos + _BEGIN_SIZE
+        end = start + name_len + rid_len + extras_len
+        if end > limit:
             raise ProtocolError("truncated")
-        if end < n:
-            raise ProtocolError("trailing bytes")
-        pos = BEGIN_STRUCT.size
-        name = _check_name(_text(frame[pos : pos + name_len], "name"))
-        pos += name_len
+        if end - pos > MAX_MESSAGE_BYTES:
+            raise ProtocolError("oversized")
+        name = _check_name(_text(frame[start : start + name_len], "name"))
+        start += name_len
         request_id = None
         if rid_len:
-            request_id = _text(frame[pos : pos + rid_len], "request_id")
+            request_id = _text(frame[start : start + rid_len], "request_id")
             if len(request_id) > MAX_REQUEST_ID_CHARS:
                 raise ProtocolError("request_id too long")
-        pos += rid_len
-        extras = _extras(frame[pos:end]) if extras_len else {}
-        return Begin(pid=pid, span_id=span_id, t_ns=t_ns, name=name, request_id=request_id,
-                     weight=weight, **extras)
+        start += rid_len
+        if extras_len:
+            extras = _extras(frame[start:end])
+            return Begin(pid=pid, span_id=span_id, t_ns=t_ns, name=name,
+                         request_id=request_id, weight=weight, **extras), end
+        return Begin(pid, span_id, t_ns, name, request_id, weight), end
     if kind == END:
-        if n < END_STRUCT.size:
+        if limit - pos < _END_SIZE:
             raise ProtocolError("truncated")
-        _, _, flags, span_id, t_ns, pid, weight, name_len = END_STRUCT.unpack_from(frame)
+        _, _, flags, span_id, t_ns, pid, weight, name_len = _unpack_end(frame, pos)
         if flags & ~FLAG_WEIGHT:
             raise ProtocolError("unknown flags")
-        _check_common(t_ns, pid)
+        if t_ns <= 0:
+            raise ProtocolError("t_ns not positive")
+        if pid <= 0:
+            raise ProtocolError("pid not positive")
         if flags & FLAG_WEIGHT:
-            _check_weight(weight)
+            if not 0.0 <= weight < _INF:
+                raise ProtocolError("weight negative" if weight < 0 else "weight not finite")
         elif weight != 0.0 or math.copysign(1.0, weight) < 0:
             raise ProtocolError("weight set without flag")
         else:
             weight = None
-        end = END_STRUCT.size + name_len
-        if end > n:
+        end = pos + _END_SIZE + name_len
+        if end > limit:
             raise ProtocolError("truncated")
-        if end < n:
-            raise ProtocolError("trailing bytes")
-        name = _check_name(_text(frame[END_STRUCT.size : end], "name")) if name_len else None
-        return End(pid=pid, span_id=span_id, t_ns=t_ns, weight=weight, name=name)
+        name = None
+        if name_len:
+            name = _check_name(_text(frame[pos + _END_SIZE : end], "name"))
+        return End(pid, span_id, t_ns, weight, name), end
     raise ProtocolError(f"unknown kind {kind}")
 
 
