@@ -230,3 +230,40 @@ def test_garbage_at_full_speed_loses_no_well_behaved_span(fake_gpus, tmp_path):
     print(f"garbage frames sent: {sent[0]}, agent RSS {rss[0] / 2**20:.1f} -> "
           f"{rss[1] / 2**20:.1f} MiB")
     assert rss[1] - rss[0] < 40 * 2**20, rss
+
+
+@pytest.mark.slow
+def test_spans_default_to_the_gpus_their_process_runs_on_and_carry_trace_ids(
+        fake_gpus, agent_factory):
+    from fakes.nvml_scenario import Process
+    from opentelemetry.sdk.trace import TracerProvider
+
+    fake_gpus(Scenario(gpus=[
+        Gpu.h100(uuid="GPU-other", segments=[Segment(0, 60_000, 200)]),
+        Gpu.h100(uuid="GPU-mine", segments=[Segment(0, 60_000, 300)],
+                 processes=[Process(os.getpid(), 2048)]),
+    ]))
+    agent, memory = agent_factory()
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("http request") as otel_span:
+        with wattspan.span("generate", request_id="traced"):
+            time.sleep(0.3)
+    with wattspan.span("explicit", request_id="both", devices=["gpu"]):
+        time.sleep(0.3)
+    wattspan.client.flush()
+    agent.stop()
+    spans = {s["request_id"]: s for s in memory.of_type("span")}
+    assert set(spans["traced"]["devices"]) == {"gpu:GPU-mine"}
+    assert set(spans["both"]["devices"]) == {"gpu:GPU-mine", "gpu:GPU-other"}
+    context = otel_span.get_span_context()
+    assert spans["traced"]["trace_id"] == f"{context.trace_id:032x}"
+    assert spans["traced"]["otel_span_id"] == f"{context.span_id:016x}"
+    assert "trace_id" not in spans["both"]
+
+
+def test_agent_refuses_a_public_tcp_endpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "wattspan", "agent", "--endpoint",
+                             "tcp://0.0.0.0:5599"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, WATTSPAN_COLLECTORS="cpu_model"))
+    assert result.returncode == 2
+    assert "allow-remote" in result.stderr and "Traceback" not in result.stderr
