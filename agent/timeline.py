@@ -4,6 +4,8 @@ The sampler appends readings; readers ask for the energy over [t0, t1]. Reconstr
 cumulative energy curve is the native kernel's job (``wattspan.native.energy_at``): counter
 deltas where a counter exists, shaped inside each counter step by the power readings, else the
 integral of power. This module turns its answers into figures with a quality and a coverage.
+A query hands the kernel only the readings around its window, which give the answers the whole
+rings give (see ``CONTEXT_NS``), so its cost does not grow with the rings.
 """
 
 from __future__ import annotations
@@ -23,6 +25,57 @@ DEFAULT_CAPACITY = 60_000
 
 #: Percentile of piecewise power taken as the idle baseline when none is configured.
 IDLE_PERCENTILE = 5.0
+
+#: Context a query takes around its window: the readings from at least this long before the
+#: window's start to at least this long after its end (where the rings hold them) ...
+CONTEXT_NS = 2_000_000_000
+#: ... and at least this many readings of each stream beyond each edge of it (see below).
+CONTEXT_READINGS = 3
+#: History the learned baseline (``baseline_w``) looks at, so that its cost stays bounded.
+BASELINE_HISTORY_NS = 60_000_000_000
+
+# Why a query over [start, end] may reconstruct from the readings around it alone
+# (``_snapshot(start, end)``, built by ``_context``) and get the answers the whole rings give:
+# the same methods, covered range, breakpoints, pieces, qualities and coverage, and energies
+# equal to rounding (the power shape S is a running sum from the snapshot's first power
+# reading, so its differences round differently: ~1e-16 of the cumulative energy). It
+# follows the kernel's docstring (``native/_series_py.py``); each stream is in strictly
+# increasing time order (``_append`` drops the rest).
+#
+# * Anchors. Counter reading i (NaN ones are skipped) is an anchor when e[i] != e[i-1]: at
+#   t[i] when e[i-1] != e[i-2] too, else halfway between t[i-1] and t[i], so in
+#   (t[i-1], t[i]]. It depends on readings i-2, i-1 and i only, so from a snapshot's third
+#   counter reading on every anchor is the one the whole ring has; the first two may
+#   differ (the first is an anchor only without power, the second may be placed otherwise).
+#   The kernel also moves an anchor that would not come after the previous one; with
+#   increasing integer times that never happens below 2**52 ns, and above it only for reads
+#   closer together than a double's resolution (1 us at 2**62 ns), which no poll is.
+# * Steps. E(x) inside the step between anchors k and k+1 uses those two anchors, the
+#   switch solved in that step and the power over it. So the counter snapshot must hold a
+#   change at an index i >= 2 (with e[i-2], e[i-1], e[i] not NaN) read at or before start
+#   (an anchor at or before start), and one with t[i-1] >= end (an anchor after end): every
+#   step that meets [start, end] is then the whole ring's. A side where there is no such
+#   change goes on to the ring's end, and is then the whole ring's (anchors are built from
+#   the oldest reading on; past the newest nothing follows): so are the POWER and CLAMPED
+#   regions beyond the first or last anchor, and the covered range's bounds on that side.
+# * Power is held back: P(t) = P_j on (t_{j-1}, t_j]. The switch solver for a step reads the
+#   power readings from the last at or before its first anchor through the first at or
+#   after its second; S(x) needs those around x. The power snapshot runs from the last power
+#   reading at or before min(start, first counter reading kept) through the first at or
+#   after max(end, last counter reading kept): it spans the window and every anchor kept.
+#   The point the kernel adds after the last power reading (that value held up to the last
+#   read) can only sit elsewhere than in the whole ring past the anchors and the window
+#   used, and it holds the same value.
+# * Covered range [lo, hi]: a side with the context above has lo <= start (hi >= end) both
+#   in the snapshot and in the whole ring, and lo and hi are only compared with times in
+#   [start, end]; a side without it reaches the ring's end, as above.
+#
+# CONTEXT_NS and CONTEXT_READINGS (3 readings beyond the last at or before start and the
+# first at or after end, of each stream) make the first try; then the conditions above are
+# checked, and a side that lacks them widens (8-fold a try) up to the ring's end. For a GPU
+# read every few ms, whose counter moves at every read, the first try holds: 2 * 2 s of
+# context. The conditions alone make the result the whole rings' (the tests check it with a
+# 1 ns margin too); the time margin keeps the usual case to one try of each stream.
 
 
 @dataclass(frozen=True)
@@ -99,11 +152,22 @@ class DeviceTimeline:
     def __len__(self) -> int:
         return len(self._counter) + len(self._power)
 
-    def _snapshot(self):
-        """Both streams, one after the other (the kernel reads each stream on its own)."""
+    def _snapshot(self, start_ns: int | None = None, end_ns: int | None = None):
+        """Both streams, one after the other (the kernel reads each stream on its own).
+
+        Without bounds, all the readings; with them, the readings a query over
+        [start_ns, end_ns] needs for the same answer as from all of them (see the comment on
+        ``CONTEXT_NS``)."""
         with self._lock:
-            tc, ec, pc = self._counter.snapshot()
-            tp, ep, pp = self._power.snapshot()
+            if start_ns is None or end_ns is None or not start_ns <= end_ns:  # or NaN
+                tc, ec, pc = self._counter.snapshot()
+                tp, ep, pp = self._power.snapshot()
+            else:
+                lo, hi = start_ns - CONTEXT_NS, end_ns + CONTEXT_NS
+                tc, ec, pc = _context(self._counter, start_ns, end_ns, True, lo, hi)
+                if len(tc):  # power over every counter reading kept, too
+                    lo, hi = min(lo, tc[0]), max(hi, tc[-1])
+                tp, ep, pp = _context(self._power, start_ns, end_ns, False, lo, hi)
         return tc + tp, ec + ep, pc + pp
 
     # --- reading
@@ -111,7 +175,7 @@ class DeviceTimeline:
     def settled(self, t_ns: int) -> bool:
         """True once readings past ``t_ns`` fix the energy up to it as well as they ever will:
         a counter step after it for counter devices, a power reading after it otherwise."""
-        t, e, p = self._snapshot()
+        t, e, p = self._snapshot(t_ns, t_ns)
         if not len(t):
             return False
         _, methods, _, hi = native.energy_at(t, e, p, [t_ns])
@@ -131,13 +195,20 @@ class DeviceTimeline:
             return sum(1 for t in self._errors_ns if t0_ns <= t <= t1_ns)
 
     def baseline_w(self) -> float | None:
-        """The idle baseline: configured, else a low percentile of the power seen so far."""
+        """The idle baseline: configured, else a low percentile of the power over the last
+        ``BASELINE_HISTORY_NS`` of readings."""
         if self.info.idle_w is not None:
             return self.info.idle_w
-        t, e, p = self._snapshot()
+        with self._lock:
+            last = max((r.last_t_ns() for r in (self._counter, self._power) if len(r)),
+                       default=None)
+        if last is None:
+            return None
+        since = last - BASELINE_HISTORY_NS
+        t, e, p = self._snapshot(since, last)
         if len(t) < 2:
             return None
-        pieces = _pieces(t, e, p, min(t), max(t))
+        pieces = _pieces(t, e, p, max(since, min(t)), max(t))
         powers = sorted(w for _, _, w in pieces if w == w)
         if not powers:
             return None
@@ -148,7 +219,7 @@ class DeviceTimeline:
         """Energy over each consecutive interval [bounds[i], bounds[i+1]]."""
         if len(bounds_ns) < 2:
             return []
-        t, e, p = self._snapshot()
+        t, e, p = self._snapshot(min(bounds_ns), max(bounds_ns))
         values, methods, lo, hi = native.energy_at(t, e, p, bounds_ns)
         # Breakpoints over the whole span at once, then split per interval.
         pieces = _pieces(t, e, p, bounds_ns[0], bounds_ns[-1]) if len(t) else []
@@ -184,8 +255,8 @@ class DeviceTimeline:
         the covered range, and the piece's power ``energy_j / (covered_ns * 1e-9)`` is
         unknown where it is 0. No pieces when the figure is unknown (``energy_j`` None).
         """
-        t, e, p = self._snapshot()
-        if not len(t) or end_ns <= start_ns:
+        t, e, p = self._snapshot(start_ns, end_ns) if end_ns > start_ns else ((),) * 3
+        if not len(t):
             none = native.METHOD_NONE
             return self._figure(start_ns, end_ns, NAN, NAN, none, none, -1, -1, [],
                                 baseline_w), []
@@ -242,6 +313,68 @@ class DeviceTimeline:
             quality=quality,
             coverage=coverage,
         )
+
+
+def _context(ring, start_ns: int, end_ns: int, counter: bool, lo_ns: int, hi_ns: int):
+    """Ranged snapshot of ``ring`` for a query over [start_ns, end_ns], first tried over
+    [lo_ns, hi_ns], widened on each side that lacks the context the kernel needs there
+    (see the comment on ``CONTEXT_NS``)."""
+    if not len(ring):
+        return ring.snapshot()
+    first, last = ring.first_t_ns(), ring.last_t_ns()
+    lo = lo_ns if lo_ns > first else None
+    hi = hi_ns if hi_ns < last else None
+    while True:
+        t, e, p = ring.snapshot(lo, hi)
+        # A side that reaches the ring's end is the whole ring's.
+        wider_lo = (lo is not None and t[0] != first
+                    and not _context_before(t, e, start_ns, counter))
+        wider_hi = (hi is not None and t[-1] != last
+                    and not _context_after(t, e, end_ns, counter))
+        if not (wider_lo or wider_hi):
+            return t, e, p
+        if wider_lo:
+            lo = start_ns - max(8 * (start_ns - lo), CONTEXT_NS)
+            lo = lo if lo > first else None
+        if wider_hi:
+            hi = end_ns + max(8 * (hi - end_ns), CONTEXT_NS)
+            hi = hi if hi < last else None
+
+
+def _context_before(t, e, start_ns: int, counter: bool) -> bool:
+    """Enough readings at or before ``start_ns``: CONTEXT_READINGS beyond the last one, and
+    for a counter a change at index i >= 2 read at or before it (an anchor the whole ring
+    places there too)."""
+    k = CONTEXT_READINGS
+    if len(t) <= k or t[k] > start_ns:
+        return False
+    if not counter:
+        return True
+    for i in range(2, len(t)):
+        if t[i] > start_ns:
+            return False
+        c, b = e[i], e[i - 1]
+        if c != b and c == c and b == b and e[i - 2] == e[i - 2]:
+            return True
+    return False
+
+
+def _context_after(t, e, end_ns: int, counter: bool) -> bool:
+    """Enough readings at or after ``end_ns``: CONTEXT_READINGS beyond the first one, and
+    for a counter a change at index i >= 2 whose previous reading is at or after it (an
+    anchor after ``end_ns`` that the whole ring places there too)."""
+    n, k = len(t), CONTEXT_READINGS
+    if n <= k or t[n - 1 - k] < end_ns:
+        return False
+    if not counter:
+        return True
+    for i in range(n - 1, 1, -1):
+        if t[i - 1] < end_ns:
+            return False
+        c, b = e[i], e[i - 1]
+        if c != b and c == c and b == b and e[i - 2] == e[i - 2]:
+            return True
+    return False
 
 
 def _pieces(t, e, p, start_ns: int, end_ns: int) -> list[tuple[int, int, float]]:

@@ -151,6 +151,15 @@ cdef int _to_num(object v, Num* out) except -1:
     return 0
 
 
+cdef object _bound(object v):
+    """A snapshot bound as the ring compares it: a float (not NaN) or an integer."""
+    if isinstance(v, float):
+        if v != v:
+            raise ValueError("snapshot bound is NaN")
+        return v
+    return _as_index(v)
+
+
 # ---------------------------------------------------------------------------------------------
 # The ring
 
@@ -231,11 +240,57 @@ cdef class ReadingRing:
             raise IndexError("empty ring")
         return self._t[self._index(self._len - 1)]
 
-    def snapshot(self):
+    def snapshot(self, start_ns=None, end_ns=None):
         """Copies of the readings, oldest first: ``array('q')`` times, ``array('d')`` energies
-        and ``array('d')`` powers."""
-        cdef Py_ssize_t n = self._len
-        cdef Py_ssize_t start = self._index(0)
+        and ``array('d')`` powers.
+
+        With bounds, only the readings from the last one at or before ``start_ns`` (the first
+        one when none is) through the first one at or after ``end_ns`` (the last one when none
+        is), found by binary search: the ring must be in time order for that to mean anything
+        (of readings that share a time, the last is taken at ``start_ns`` and the first at
+        ``end_ns``; where those cross, at ``start_ns == end_ns``, the last alone).
+        A bound is an int or a float (compared exactly, as Python compares them), or None for
+        that end of the ring; a NaN bound, or ``start_ns`` after ``end_ns``, raises ValueError.
+        """
+        cdef Py_ssize_t n = self._len, i0 = 0, i1 = n, lo, hi, mid
+        cdef Num start, end
+        if start_ns is not None:
+            start_ns = _bound(start_ns)
+        if end_ns is not None:
+            end_ns = _bound(end_ns)
+        if start_ns is not None and end_ns is not None and start_ns > end_ns:
+            raise ValueError(f"snapshot start_ns {start_ns!r} is after end_ns {end_ns!r}")
+        if start_ns is not None:
+            _to_num(start_ns, &start)
+            lo = 0
+            hi = n
+            with nogil:
+                while lo < hi:  # bisect_right: the first reading after start
+                    mid = (lo + hi) // 2
+                    if _cmp_nq(start, self._t[self._index(mid)]) == -1:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+            i0 = lo - 1 if lo else 0
+        if end_ns is not None:
+            _to_num(end_ns, &end)
+            lo = 0
+            hi = n
+            with nogil:
+                while lo < hi:  # bisect_left: the first reading at or after end
+                    mid = (lo + hi) // 2
+                    if _cmp_nq(end, self._t[self._index(mid)]) == 1:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+            i1 = lo + 1 if lo < n else n
+        if i1 <= i0 < n:  # readings at equal times on both bounds: the last at start alone
+            i1 = i0 + 1
+        return self._copy(i0, i1 - i0)
+
+    cdef tuple _copy(self, Py_ssize_t i, Py_ssize_t n):
+        """Copies of ``n`` readings from logical index ``i`` on."""
+        cdef Py_ssize_t start = self._index(i) if n else 0
         cdef Py_ssize_t first = self._cap - start
         cdef array t = clone(_TEMPLATE_Q, n, False)
         cdef array e = clone(_TEMPLATE_D, n, False)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, bisect_right
+from operator import index
 
 METHOD_NONE = 0
 METHOD_COUNTER = 1
@@ -103,11 +104,49 @@ class ReadingRing:
             raise IndexError("empty ring")
         return self._t[self._index(self._len - 1)]
 
-    def snapshot(self) -> tuple[array, array, array]:
+    def snapshot(self, start_ns=None, end_ns=None) -> tuple[array, array, array]:
         """Copies of the readings, oldest first: ``array('q')`` times, ``array('d')`` energies
-        and ``array('d')`` powers."""
+        and ``array('d')`` powers.
+
+        With bounds, only the readings from the last one at or before ``start_ns`` (the first
+        one when none is) through the first one at or after ``end_ns`` (the last one when none
+        is), found by binary search: the ring must be in time order for that to mean anything
+        (of readings that share a time, the last is taken at ``start_ns`` and the first at
+        ``end_ns``; where those cross, at ``start_ns == end_ns``, the last alone).
+        A bound is an int or a float (compared exactly, as Python compares them), or None for
+        that end of the ring; a NaN bound, or ``start_ns`` after ``end_ns``, raises ValueError.
+        """
         n = self._len
-        start = self._index(0)
+        i0, i1 = 0, n
+        start = None if start_ns is None else _bound(start_ns)
+        end = None if end_ns is None else _bound(end_ns)
+        if start is not None and end is not None and start > end:
+            raise ValueError(f"snapshot start_ns {start!r} is after end_ns {end!r}")
+        if start is not None:
+            lo, hi = 0, n  # bisect_right: the first reading after start
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if start < self._t[self._index(mid)]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            i0 = lo - 1 if lo else 0
+        if end is not None:
+            lo, hi = 0, n  # bisect_left: the first reading at or after end
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._t[self._index(mid)] < end:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            i1 = lo + 1 if lo < n else n
+        if i1 <= i0 < n:  # readings at equal times on both bounds: the last at start alone
+            i1 = i0 + 1
+        return self._copy(i0, i1 - i0)
+
+    def _copy(self, i: int, n: int) -> tuple[array, array, array]:
+        """Copies of ``n`` readings from logical index ``i`` on."""
+        start = self._index(i) if n else 0
         t, e, p = array("q"), array("d"), array("d")
         for src, dst in ((self._t, t), (self._e, e), (self._p, p)):
             end = start + n
@@ -127,6 +166,15 @@ class ReadingRing:
             drop += 1
         self._len -= drop
         return drop
+
+
+def _bound(v):
+    """A snapshot bound as the ring compares it: a float (not NaN) or an integer."""
+    if isinstance(v, float):
+        if v != v:
+            raise ValueError("snapshot bound is NaN")
+        return v
+    return index(v)
 
 
 class _Series:

@@ -7,11 +7,13 @@ scenario's exact integral.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 from fakes.nvml_scenario import Gpu, Scenario, Segment
 
+from wattspan.agent import timeline as timeline_module
 from wattspan.agent.timeline import DeviceTimeline, Timeline
 from wattspan.collectors.base import DeviceInfo, Quality, Reading
 from wattspan.collectors.nvml import instant_power_period_ns
@@ -231,3 +233,163 @@ def test_timeline_routes_readings_by_device():
     timeline.add(Reading("gpu:GPU-unknown", 1, power_w=5.0))
     assert len(timeline["gpu:GPU-1"]) == 1
     assert [t.info.device_id for t in timeline] == ["gpu:GPU-1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries snapshot only the readings around their window: the same results as the whole rings
+
+
+class WholeRings(DeviceTimeline):
+    """The reference: every query reconstructs from both whole rings."""
+
+    def _snapshot(self, start_ns=None, end_ns=None):
+        return super()._snapshot()
+
+
+def twins(info, capacity):
+    return DeviceTimeline(info, capacity), WholeRings(info, capacity)
+
+
+def assert_same_figure(got, want, scale):
+    """Same figure, energies to the kernel's rounding: its running sums are of the size of
+    ``scale`` (the cumulative energy), and start from the snapshot's first reading."""
+    assert (got.device_id, got.start_ns, got.end_ns, got.quality, got.coverage, got.idle_w) == (
+        want.device_id, want.start_ns, want.end_ns, want.quality, want.coverage, want.idle_w)
+    tol = 1e-12 * scale
+    for name in ("energy_j", "dynamic_energy_j"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a == pytest.approx(b, rel=1e-12, abs=tol), name
+    for name, seconds in (("avg_power_w", (got.end_ns - got.start_ns) * got.coverage * 1e-9),
+                          ("peak_power_w", 1e-9)):  # a piece lasts 1 ns at least
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a == pytest.approx(b, rel=1e-12, abs=4 * tol / seconds), name
+
+
+def assert_same_answers(ranged, whole, start_ns, end_ns, scale, baseline_w=40.0):
+    bounds = sorted({start_ns, end_ns, (start_ns + end_ns) // 2})
+    if len(bounds) == 1:
+        bounds *= 2
+    for got, want in zip(ranged.energies(bounds, baseline_w), whole.energies(bounds, baseline_w),
+                         strict=True):
+        assert_same_figure(got, want, scale)
+    assert_same_figure(ranged.energy_between(start_ns, end_ns),
+                       whole.energy_between(start_ns, end_ns), scale)
+    (figure, pieces), (figure_w, pieces_w) = (
+        ranged.energy_pieces(start_ns, end_ns, baseline_w),
+        whole.energy_pieces(start_ns, end_ns, baseline_w))
+    assert_same_figure(figure, figure_w, scale)
+    assert [(s, f, c) for s, f, _, c in pieces] == [(s, f, c) for s, f, _, c in pieces_w]
+    for (_, _, e, _), (_, _, e_w, _) in zip(pieces, pieces_w, strict=True):
+        assert e == pytest.approx(e_w, rel=1e-12, abs=1e-12 * scale)
+    assert ranged.settled(start_ns) == whole.settled(start_ns)
+    assert ranged.settled(end_ns) == whole.settled(end_ns)
+
+
+def random_windows(rng, first_ns, last_ns, count):
+    """Windows anywhere over the readings and past both ends, at and next to readings, from
+    empty to longer than the query context."""
+    widths = [0, 1, MS, 50 * MS, 1_000 * MS, 2 * timeline_module.CONTEXT_NS, 9_000 * MS]
+    for _ in range(count):
+        a = rng.randrange(first_ns - 3_000 * MS, last_ns + 3_000 * MS)
+        yield a, a + rng.choice(widths + [rng.randrange(20_000 * MS)])
+    for edge in (first_ns, last_ns):  # the ring's edges
+        for d in (-1_000 * MS, -1, 0, 1, 1_000 * MS):
+            yield edge + d, edge + d + 500 * MS
+            yield edge + d - 500 * MS, edge + d
+
+
+def test_ranged_queries_give_the_whole_rings_answers(native_impl):
+    """60 s of a GPU read every 5 ms, in rings that hold the last ~50 s of counter readings:
+    windows anywhere, including across the ring's oldest reading and past its newest."""
+    sc = Scenario(epoch_ns=EPOCH, gpus=[Gpu.h100(
+        uuid="GPU-r", idle_w=60, counter_phase_ms=37, instant_phase_ms=61, segments=[
+            Segment(s, s + d, w) for s, d, w in [
+                (1_000, 4_000, 300), (7_000, 500, 420), (9_000, 12_000, 180), (24_000, 100, 400),
+                (26_000, 9_000, 250), (40_000, 15_000, 350), (57_000, 50, 390)]])])
+    ranged, whole = twins(gpu_info(), capacity=1_000)
+    for tl in (ranged, whole):
+        feed(tl, sc, 0, EPOCH - 300 * MS, EPOCH + 60_000 * MS)
+    assert ranged._counter.overruns > 0  # the oldest readings are gone
+    t, e, _ = whole._snapshot()
+    scale = max(x for x in e if x == x)
+    rng = random.Random(7)
+    for a, b in random_windows(rng, min(t), max(t), 120):
+        assert_same_answers(ranged, whole, a, b, scale)
+
+
+def awkward_readings(rng, base_ns):
+    """Readings that need more than the default context: counters that freeze for seconds
+    (no anchor near the window), gaps longer than the time margin, counter-only and
+    power-only devices, a power stream that starts late or stops early, NaN counter reads."""
+    kind = rng.choice(["both", "both", "counter", "power"])
+    style = rng.choice(["every read", "stepped", "frozen", "sparse"])
+    readings = []
+    if kind != "power":
+        t, c, frozen = base_ns + rng.randrange(10**9), 1_000.0, 0
+        for _ in range(rng.randrange(1, 500)):
+            sparse = style == "sparse" and rng.random() < 0.2
+            t += rng.randrange(1, 4 * 10**9) if sparse else rng.randrange(1, 12 * MS)
+            if frozen:
+                frozen -= 1
+            elif style == "frozen" and rng.random() < 0.05:
+                frozen = rng.randrange(5, 600)
+            if not frozen and (style != "stepped" or rng.random() < 0.3):
+                c += rng.uniform(0.001, 5.0)
+            read = c if rng.random() > 0.01 else math.nan
+            readings.append(Reading("gpu:GPU-0", t, energy_j=read))
+    if kind != "counter":
+        t, level = base_ns + rng.randrange(-10**9, 3 * 10**9), 100.0
+        for _ in range(rng.randrange(1, 500)):
+            t += rng.randrange(1, 4 * 10**9) if rng.random() < 0.05 else rng.randrange(1, 12 * MS)
+            if rng.random() < 0.05:
+                level = rng.choice([0.0, 50.0, 300.0, rng.uniform(0.0, 500.0)])
+            readings.append(Reading("gpu:GPU-0", t, power_w=level))
+    readings.sort(key=lambda r: r.t_ns)
+    return readings
+
+
+@pytest.mark.parametrize("context_ns", [timeline_module.CONTEXT_NS, 1])
+@pytest.mark.parametrize("seed", range(12))
+def test_ranged_queries_widen_where_the_data_needs_it(native_impl, monkeypatch, seed,
+                                                      context_ns):
+    """Whatever the time margin: the context conditions alone give the whole rings' answers."""
+    monkeypatch.setattr(timeline_module, "CONTEXT_NS", context_ns)
+    rng = random.Random(seed)
+    base = rng.choice([EPOCH, 200 * 86_400 * 1_000 * MS])  # also past 2**53 ns
+    ranged, whole = twins(gpu_info(), capacity=rng.choice([50, 300, 2_000]))
+    for reading in awkward_readings(rng, base):
+        ranged.add(reading)
+        whole.add(reading)
+    t, e, _ = whole._snapshot()
+    scale = max([abs(x) for x in e if x == x] + [1_000.0])
+    for a, b in random_windows(rng, min(t), max(t), 25):
+        assert_same_answers(ranged, whole, a, b, scale)
+
+
+def test_a_query_reads_only_the_readings_around_its_window(native_impl, monkeypatch):
+    tl = DeviceTimeline(gpu_info())
+    for k in range(6_000):  # 60 s read every 10 ms; the counter moves at every read
+        tl.add(Reading("gpu:GPU-0", EPOCH + k * 10 * MS, energy_j=1_000.0 + k, power_w=100.0))
+    sizes = []
+    kernel = timeline_module.native.energy_at
+    monkeypatch.setattr(timeline_module.native, "energy_at",
+                        lambda t, *rest: sizes.append(len(t)) or kernel(t, *rest))
+    figure = tl.energy_between(EPOCH + 30_000 * MS, EPOCH + 31_000 * MS)
+    assert figure.energy_j == pytest.approx(100.0)
+    # 1 s and the 2 s of context on each side, of each stream (the readings at both ends)
+    assert set(sizes) == {2 * ((1_000 + 2 * timeline_module.CONTEXT_NS // MS) // 10 + 1)}
+
+
+def test_learned_baseline_looks_at_recent_readings_only(native_impl):
+    tl = DeviceTimeline(gpu_info())
+    history_ms = timeline_module.BASELINE_HISTORY_NS // MS
+    energy = 0.0
+    for k in range(0, history_ms + 30_000, 10):  # 20 W, then 80 W for the last history
+        power = 20.0 if k < 30_000 else 80.0
+        energy += power * 0.01
+        tl.add(Reading("gpu:GPU-0", EPOCH + k * MS, energy_j=energy, power_w=power))
+    assert tl.baseline_w() == pytest.approx(80.0)

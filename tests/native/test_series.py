@@ -144,6 +144,127 @@ def test_discard_then_append_across_the_wrap(native_impl):
     assert list(ring.snapshot()[0]) == [20, 30, 40]
 
 
+def _ranged(ring, start, end):
+    t, e, p = ring.snapshot(start, end)
+    assert (t.typecode, e.typecode, p.typecode) == ("q", "d", "d")
+    assert len(t) == len(e) == len(p)
+    return list(t)
+
+
+def test_ranged_snapshot_runs_from_the_reading_at_or_before_start_to_the_one_at_or_after_end(
+        native_impl):
+    ring = native_impl.ReadingRing(8)
+    for t in (10, 20, 30, 40, 50):
+        ring.append(t, t / 10.0, -t / 10.0)
+    assert _ranged(ring, 25, 35) == [20, 30, 40]
+    assert _ranged(ring, 20, 40) == [20, 30, 40]  # a reading at a bound is enough
+    assert _ranged(ring, 30, 30) == [30]
+    assert _ranged(ring, 31, 31) == [30, 40]
+    assert _ranged(ring, 20.5, 39.5) == [20, 30, 40]  # floats compare exactly
+    assert _ranged(ring, 19.999999, 40.000001) == [10, 20, 30, 40, 50]
+    assert _ranged(ring, None, 25) == [10, 20, 30]
+    assert _ranged(ring, 25, None) == [20, 30, 40, 50]
+    assert _ranged(ring, None, None) == [10, 20, 30, 40, 50]
+    t, e, p = ring.snapshot(25, 35)
+    assert list(e) == [2.0, 3.0, 4.0] and list(p) == [-2.0, -3.0, -4.0]
+    t, e, p = ring.snapshot()  # the no-argument behaviour is unchanged
+    assert list(t) == [10, 20, 30, 40, 50] and list(e) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_ranged_snapshot_with_bounds_outside_the_readings(native_impl):
+    ring = native_impl.ReadingRing(8)
+    for t in (10, 20, 30):
+        ring.append(t, 0.0, 0.0)
+    assert _ranged(ring, -100, 15) == [10, 20]  # nothing at or before start: the first
+    assert _ranged(ring, 25, 1_000) == [20, 30]  # nothing at or after end: the last
+    assert _ranged(ring, -100, 1_000) == [10, 20, 30]
+    assert _ranged(ring, -100, -50) == [10]  # all after: the first reading alone
+    assert _ranged(ring, 50, 100) == [30]  # all before: the last reading alone
+    assert _ranged(ring, -(2**80), 2**80) == [10, 20, 30]  # past int64 either way
+    assert _ranged(ring, 2**80, 2**81) == [30]
+    assert _ranged(ring, -math.inf, math.inf) == [10, 20, 30]
+
+
+def test_ranged_snapshot_across_the_wrap(native_impl):
+    ring = native_impl.ReadingRing(5)
+    for i in range(13):  # the write head is mid-buffer: times 80 ... 120 are kept
+        ring.append(i * 10, float(i), -float(i))
+    assert ring.snapshot()[0].tolist() == [80, 90, 100, 110, 120]
+    assert _ranged(ring, 85, 115) == [80, 90, 100, 110, 120]
+    assert _ranged(ring, 95, 105) == [90, 100, 110]
+    assert _ranged(ring, 100, 100) == [100]
+    assert _ranged(ring, 0, 85) == [80, 90]
+    assert _ranged(ring, 115, 10**6) == [110, 120]
+    t, e, p = ring.snapshot(95, 115)
+    assert list(e) == [9.0, 10.0, 11.0, 12.0] and list(p) == [-9.0, -10.0, -11.0, -12.0]
+    kept = [80, 90, 100, 110, 120]
+    for start in range(70, 131, 5):  # every range, whatever the physical layout
+        for end in range(start, 131, 5):
+            i0 = max(bisect.bisect_right(kept, start) - 1, 0)
+            i1 = min(bisect.bisect_left(kept, end) + 1, len(kept))
+            assert _ranged(ring, start, end) == kept[i0:i1], (start, end)
+
+
+def test_ranged_snapshot_with_readings_at_equal_times(native_impl):
+    ring = native_impl.ReadingRing(8)
+    for i, t in enumerate((10, 20, 20, 20, 30)):
+        ring.append(t, float(i), 0.0)
+    assert list(ring.snapshot(20, 25)[1]) == [3.0, 4.0]  # the last at start
+    assert list(ring.snapshot(15, 20)[1]) == [0.0, 1.0]  # the first at end
+    assert list(ring.snapshot(20, 20)[1]) == [3.0]  # both: the last at start alone
+
+
+def test_ranged_snapshot_of_an_empty_ring_and_of_a_single_reading(native_impl):
+    ring = native_impl.ReadingRing(3)
+    for bounds in ((0, 10), (None, 10), (10, None), (-(2**70), 2**70)):
+        assert _ranged(ring, *bounds) == []
+    ring.append(50, 5.0, NAN)
+    for bounds in ((0, 10), (0, 50), (50, 50), (40, 60), (60, 70), (None, 0), (100, None)):
+        t, e, p = ring.snapshot(*bounds)
+        assert list(t) == [50] and list(e) == [5.0] and math.isnan(p[0])
+
+
+def test_ranged_snapshot_rejects_bad_bounds(native_impl):
+    ring = native_impl.ReadingRing(4)
+    ring.append(10, 0.0, 0.0)
+    with pytest.raises(ValueError, match="^snapshot bound is NaN$"):
+        ring.snapshot(NAN, 20)
+    with pytest.raises(ValueError, match="^snapshot bound is NaN$"):
+        ring.snapshot(None, NAN)
+    with pytest.raises(ValueError, match="^snapshot start_ns 30 is after end_ns 20$"):
+        ring.snapshot(30, 20)
+    with pytest.raises(ValueError, match="^snapshot start_ns 20.5 is after end_ns 20$"):
+        ring.snapshot(20.5, 20)
+    for bad in ("10", 1j, None.__class__):
+        with pytest.raises(TypeError):
+            ring.snapshot(bad, None)
+        with pytest.raises(TypeError):
+            ring.snapshot(None, bad)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.integers(1, 10**12), min_size=0, max_size=40),
+       base=st.integers(-(2**62), 2**61), capacity=st.integers(2, 12),
+       bounds=st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63),
+                                 st.floats(allow_nan=False)), min_size=2, max_size=2))
+def test_ranged_snapshot_is_the_slice_binary_search_finds(native_impl, steps, base, capacity,
+                                                          bounds):
+    ring = native_impl.ReadingRing(capacity)
+    t = base
+    for i, step in enumerate(steps):
+        t += step
+        ring.append(t, float(i), -float(i))
+    start, end = bounds
+    if start is not None and end is not None and start > end:
+        start, end = end, start
+    times, energies, powers = ring.snapshot()
+    i0 = 0 if start is None else max(bisect.bisect_right(times, start) - 1, 0)
+    i1 = len(times) if end is None else min(bisect.bisect_left(times, end) + 1, len(times))
+    t, e, p = ring.snapshot(start, end)
+    assert (t, e, p) == (times[i0:i1], energies[i0:i1], powers[i0:i1])
+
+
 @pytest.mark.parametrize(
     "bad, error",
     [((1.5, 1.0, 1.0), TypeError), (("1", 1.0, 1.0), TypeError), ((1, "x", 1.0), TypeError),
@@ -748,9 +869,13 @@ def test_parity_ring(native_twins, ops, capacity):
             assert rings[0].discard_before(t) == rings[1].discard_before(t)
         a, b = rings
         assert (len(a), a.overruns) == (len(b), b.overruns)
-        sa, sb = a.snapshot(), b.snapshot()
-        assert sa[0] == sb[0]
-        assert [repr(x) for x in sa[1] + sa[2]] == [repr(x) for x in sb[1] + sb[2]]
+        # ranged too: times in any order, where the binary search finds what it finds
+        for bounds in ((), (t, None), (None, t), (t, t), (t - 2**40, t + 2**40), (v, v)):
+            if any(x != x for x in bounds):
+                continue
+            sa, sb = a.snapshot(*bounds), b.snapshot(*bounds)
+            assert sa[0] == sb[0]
+            assert [repr(x) for x in sa[1] + sa[2]] == [repr(x) for x in sb[1] + sb[2]]
         if len(a):
             assert (a.first_t_ns(), a.last_t_ns()) == (b.first_t_ns(), b.last_t_ns())
 
