@@ -236,8 +236,8 @@ class SpanTable:
         self.open[key] = Span(
             pid=msg.pid, span_id=msg.span_id, name=msg.name, start_ns=msg.t_ns,
             weight=msg.weight, request_id=msg.request_id, devices=devices,
-            attributes=dict(msg.attributes or {}), trace_id=msg.trace_id,
-            otel_span_id=msg.otel_span_id)
+            attributes=dict(msg.attributes) if msg.attributes else {},
+            trace_id=msg.trace_id, otel_span_id=msg.otel_span_id)
 
     def _end(self, msg) -> None:
         key = (msg.pid, msg.span_id)

@@ -102,6 +102,7 @@ class Agent:
         self.cpu_shares = CpuTimeShares()
         self._gpus_by_pid: dict[int, set[str]] = {}
         self._gpus_by_pid_at = 0
+        self._device_cache: dict[tuple, tuple[str, ...]] = {}
         self._report: dict[str, list[DeviceInterval]] = defaultdict(list)
         self._report_start_ns: int | None = None
         self._stop = threading.Event()
@@ -172,14 +173,24 @@ class Agent:
 
     # --- devices of a span
 
-    def _resolve_devices(self, msg, default: bool = False) -> list[str]:
+    def _resolve_devices(self, msg, default: bool = False) -> tuple[str, ...]:
+        explicit = bool(msg.devices) and not default
+        gpus_by_pid = self._gpu_processes()  # refreshed every second; clears the cache
+        key = (msg.pid, msg.devices if explicit else None, msg.cuda_visible_devices)
+        cached = self._device_cache.get(key)
+        if cached is not None:
+            return cached
         found = self.host.devices
-        if msg.devices and not default:
+        if explicit:
             chosen = device_rules.select(found, list(msg.devices), msg.cuda_visible_devices)
         else:
-            chosen = device_rules.default_for(found, msg.pid, self._gpu_processes(),
+            chosen = device_rules.default_for(found, msg.pid, gpus_by_pid,
                                               msg.cuda_visible_devices)
-        return [d.device_id for d in chosen]
+        resolved = tuple(d.device_id for d in chosen)
+        if len(self._device_cache) >= 4096:
+            self._device_cache.clear()
+        self._device_cache[key] = resolved
+        return resolved
 
     def _gpu_processes(self) -> dict[int, set[str]]:
         now = time.monotonic_ns()
@@ -192,6 +203,7 @@ class Agent:
                     for pid, ids in lookup().items():
                         found.setdefault(pid, set()).update(ids)
             self._gpus_by_pid = found
+            self._device_cache.clear()
         return self._gpus_by_pid
 
     # --- attribution

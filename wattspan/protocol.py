@@ -357,6 +357,24 @@ def _check_name(name) -> str:
 
 
 def _extras(raw: bytes) -> dict:
+    """The validated extras; identical blobs (a process sends the same CUDA_VISIBLE_DEVICES
+    and devices with every span) are parsed once. Callers must not mutate the result."""
+    cached = _extras_cache.get(raw)
+    if cached is not None:
+        return cached
+    out = _parse_extras(raw)
+    if "trace_id" not in out:  # trace ids differ per span: not worth keeping
+        if len(_extras_cache) >= _EXTRAS_CACHE_SIZE:
+            _extras_cache.clear()
+        _extras_cache[raw] = out
+    return out
+
+
+_extras_cache: dict[bytes, dict] = {}
+_EXTRAS_CACHE_SIZE = 1024
+
+
+def _parse_extras(raw: bytes) -> dict:
     text = _text(raw, "extras")
     try:
         obj = json.loads(text)

@@ -146,6 +146,8 @@ def test_eight_concurrent_requests_weighted_by_their_power(native_impl):
             if s <= t0 < e:
                 active = sum(x for a, b, x in requests if a <= t0 < b)
                 true_share += (60.0 + active) * (t1 - t0) / 1e3 * w / active
+        print(f"span {sp.span_id}: dynamic {result.dynamic_energy_j:.2f} J vs {true_dynamic:.2f}"
+              f" J, total {result.energy_j:.2f} J vs {true_share:.2f} J")
         assert abs(result.dynamic_energy_j - true_dynamic) / true_dynamic < 0.02, sp.span_id
         assert abs(result.energy_j - true_share) / true_share < 0.02, sp.span_id
 

@@ -67,6 +67,8 @@ def test_one_request_at_a_time_gets_the_boards_energy(native_impl, fake_gpus, ag
         share = record["devices"]["gpu:GPU-solo"]
         a, b = mono_from_unix(record["start_unix_ns"]), mono_from_unix(record["end_unix_ns"])
         true = sc.true_energy_j(0, a, b)
+        print(f"{record['request_id']}: {share['energy_j']:.3f} J vs {true:.3f} J "
+              f"({100 * (share['energy_j'] - true) / true:+.3f}%)")
         assert abs(share["energy_j"] - true) / true < 0.01, (record, true)
         assert share["quality"] == "measured" and record["quality"] == "measured"
     # Conservation over everything the agent reported.
