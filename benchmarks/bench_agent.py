@@ -16,8 +16,6 @@ from wattspan import protocol
 from wattspan.agent.attribution import Attributor
 from wattspan.agent.ingest import SpanTable
 
-impl = data.impl  # the fixture: both native implementations
-
 BATCH = 64
 
 
@@ -65,7 +63,8 @@ def run_agent_path(timeline, frames, start_ns, end_ns) -> int:
     return taken
 
 
-def test_ingest_and_attribution(impl, benchmark):
+def test_ingest_and_attribution(native_impl, benchmark):
+    impl = native_impl.IMPLEMENTATION
     seconds = data._seconds(benchmark, 20, 3)
     start = data.BASE_NS
     end = start + seconds * data.S

@@ -13,13 +13,11 @@ The spans/s of CPU time of each run are printed and kept in the benchmark's ``ex
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 
 import pytest
 
-import wattspan.native as native
 from wattspan.agent.attribution import Attributor
 from wattspan.agent.spans import Span
 from wattspan.agent.timeline import Timeline
@@ -33,29 +31,6 @@ IN_FLIGHT = 8  # spans running at once on each GPU
 SPAN_NS = 50 * MS
 READ_NS = 5 * MS
 WINDOW_NS = S
-
-
-def _module(name):
-    # Same rule as tests/conftest.py: a missing compiled module skips, or fails where CI
-    # requires it.
-    try:
-        return native._load(name)
-    except ImportError as err:
-        reason = f"{name} implementation of wattspan.native not available: {err}"
-    if name == "cython" and os.environ.get("WATTSPAN_REQUIRE_NATIVE") == "1":
-        pytest.fail(reason + " (WATTSPAN_REQUIRE_NATIVE=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(params=native.IMPLEMENTATIONS, ids=native.IMPLEMENTATIONS)
-def impl(request):
-    _module(request.param)
-    previous = native.IMPLEMENTATION
-    native.use(request.param)
-    try:
-        yield request.param
-    finally:
-        native.use(previous)
 
 
 def gpu_ids() -> list[str]:
@@ -155,7 +130,8 @@ def _seconds(benchmark, enabled_s: int, disabled_s: int) -> int:
 
 
 @pytest.mark.benchmark(group="attribution 8 GPUs x 8 spans")
-def test_attribution(impl, benchmark):
+def test_attribution(native_impl, benchmark):
+    impl = native_impl.IMPLEMENTATION
     """Recorded readings already in the timelines; advance + take per 1 s window."""
     seconds = _seconds(benchmark, 20, 3)
     start, end = BASE_NS, BASE_NS + seconds * S
@@ -176,7 +152,8 @@ def test_attribution(impl, benchmark):
 
 
 @pytest.mark.benchmark(group="readings + attribution 8 GPUs x 8 spans")
-def test_readings_and_attribution(impl, benchmark):
+def test_readings_and_attribution(native_impl, benchmark):
+    impl = native_impl.IMPLEMENTATION
     """As the agent runs: each window's readings enter the timelines, then attribution."""
     seconds = _seconds(benchmark, 20, 3)
     start, end = BASE_NS, BASE_NS + seconds * S
@@ -203,7 +180,8 @@ def test_readings_and_attribution(impl, benchmark):
 
 
 @pytest.mark.benchmark(group="attribution, full reading rings")
-def test_attribution_with_full_rings(impl, benchmark):
+def test_attribution_with_full_rings(native_impl, benchmark):
+    impl = native_impl.IMPLEMENTATION
     """A long-running agent: every timeline holds its full ring of readings (10 minutes at
     100 Hz by default), and every window's snapshot and reconstruction go over all of it."""
     if benchmark.disabled:

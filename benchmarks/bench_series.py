@@ -8,34 +8,14 @@ Under the project's default ``--benchmark-disable`` each runs once, as a test; f
 from __future__ import annotations
 
 import math
-import os
 from array import array
 
 import pytest
-
-import wattspan.native as native
 
 N_READINGS = 10_000
 N_QUERIES = 1_000
 PERIOD_NS = 10_000_000  # a read every 10 ms
 BASE_NS = 200 * 86_400 * 10**9  # CLOCK_MONOTONIC after 200 days: past 2**53 ns
-
-
-def _module(name):
-    # The benchmarks are outside tests/, so tests/conftest.py's fixtures do not reach them;
-    # same rule: a missing compiled module skips, or fails where CI requires it.
-    try:
-        return native._load(name)
-    except ImportError as err:
-        reason = f"{name} implementation of wattspan.native not available: {err}"
-    if name == "cython" and os.environ.get("WATTSPAN_REQUIRE_NATIVE") == "1":
-        pytest.fail(reason + " (WATTSPAN_REQUIRE_NATIVE=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(params=native.IMPLEMENTATIONS, ids=native.IMPLEMENTATIONS)
-def impl(request):
-    return _module(request.param)
 
 
 def _readings(n):
@@ -52,10 +32,10 @@ def _readings(n):
 
 
 @pytest.mark.benchmark(group="append 10k")
-def test_append_10k(impl, benchmark):
+def test_append_10k(native_module, benchmark):
     t, e, p = _readings(N_READINGS)
     rows = list(zip(t, e, p, strict=True))
-    ring = impl.ReadingRing(N_READINGS)
+    ring = native_module.ReadingRing(N_READINGS)
 
     def append_all():
         append = ring.append
@@ -68,8 +48,8 @@ def test_append_10k(impl, benchmark):
 
 
 @pytest.mark.benchmark(group="energy_at 10k x 1k")
-def test_energy_at_10k_readings_1k_queries(impl, benchmark):
-    ring = impl.ReadingRing(N_READINGS)
+def test_energy_at_10k_readings_1k_queries(native_module, benchmark):
+    ring = native_module.ReadingRing(N_READINGS)
     for row in zip(*_readings(N_READINGS), strict=True):
         ring.append(*row)
     t, e, p = ring.snapshot()
@@ -77,8 +57,8 @@ def test_energy_at_10k_readings_1k_queries(impl, benchmark):
     # Spread over the data and a little past both ends (clamped queries too).
     query = array("q", (t[0] - span // 20 + (i * span * 11) // (10 * N_QUERIES)
                         for i in range(N_QUERIES)))
-    values, methods, lo, hi = benchmark(impl.energy_at, t, e, p, query)
+    values, methods, lo, hi = benchmark(native_module.energy_at, t, e, p, query)
     assert len(values) == len(methods) == N_QUERIES
     assert (lo, hi) == (t[0], t[-1])
-    assert impl.METHOD_CLAMPED in methods and impl.METHOD_COUNTER in methods
+    assert native_module.METHOD_CLAMPED in methods and native_module.METHOD_COUNTER in methods
     assert all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:], strict=False))
