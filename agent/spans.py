@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from wattspan.collectors.base import Quality
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """A span the agent knows of: open until ``end_ns`` is set."""
 
