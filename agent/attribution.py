@@ -48,8 +48,9 @@ Choices the contract leaves open:
   given), and the span's overall quality is ``partial``.
 * **Quality.** A span's share on d has the worst quality of d's figures over the windows in
   which the span was active on d. It is ``partial`` on every device when the span's status is
-  ``incomplete``, when it began before the first window (energy before that was never
-  attributed), or when it is taken before the cursor has passed its end.
+  ``incomplete``, when it began before the first window it was given in (its begin arrived
+  late: energy before that window was never shared with it), or when it is taken before the
+  cursor has passed its end.
 * Devices a span names that the timeline does not have are ignored for that span.
 """
 
@@ -85,12 +86,12 @@ _E, _D, _Q, _KNOWN, _UNKNOWN = range(5)
 
 
 class _Accumulated:
-    __slots__ = ("span", "cells", "before_origin", "window")
+    __slots__ = ("span", "cells", "began_unseen", "window")
 
-    def __init__(self, span: Span, before_origin: bool) -> None:
+    def __init__(self, span: Span, began_unseen: bool) -> None:
         self.span = span
         self.cells: dict[str, list] = {}
-        self.before_origin = before_origin
+        self.began_unseen = began_unseen
         self.window = -1  # the last window that counted it: a span given twice counts once
 
 
@@ -160,7 +161,6 @@ class Attributor:
         devices = self.timeline.devices
         per_device: dict[str, list] = {d: [] for d in devices}
         acc_by_key = self._acc
-        origin = self.origin_ns
         for span in spans:
             s, e = span.start_ns, span.end_ns
             s0 = s if s > a else a
@@ -170,7 +170,7 @@ class Attributor:
             key = (span.pid, span.span_id)
             acc = acc_by_key.get(key)
             if acc is None:
-                acc = acc_by_key[key] = _Accumulated(span, s < origin)
+                acc = acc_by_key[key] = _Accumulated(span, s < a)  # began unseen: partial
             elif acc.window == window:
                 continue
             else:
@@ -205,7 +205,7 @@ class Attributor:
         if acc is None:
             return None
         span = acc.span
-        partial_all = (span.status == "incomplete" or acc.before_origin or span.end_ns is None
+        partial_all = (span.status == "incomplete" or acc.began_unseen or span.end_ns is None
                        or self.cursor_ns is None or span.end_ns > self.cursor_ns)
         worst = 0
         partial = partial_all

@@ -573,3 +573,17 @@ def test_first_window_starts_at_the_earliest_span_by_default(native_impl):
     assert result.quality is Quality.MEASURED
     assert result.energy_j == pytest.approx(300.0, rel=0.01)
     assert attributor.pending == 0
+
+
+def test_span_first_seen_after_it_began_is_partial(native_impl):
+    """A BEGIN that arrives after the window holding the span's start was attributed: the
+    span missed energy, so its figures are partial."""
+    sc = Scenario(epoch_ns=EPOCH, gpus=[Gpu.h100(uuid="GPU-0", segments=[Segment(0, 9000, 200)])])
+    timeline, _ = one_gpu(sc, 4_000)
+    late = span(1, 1_200, 2_800)
+    attributor = Attributor(timeline)
+    attributor.advance(EPOCH + 2_000 * MS, [], start_ns=EPOCH + 1_000 * MS)
+    attributor.advance(EPOCH + 3_000 * MS, [late])
+    result = attributor.take(late.key)
+    assert result.quality is Quality.PARTIAL
+    assert result.energy_j == pytest.approx(200.0 * 0.8, rel=0.02)  # what it was seen for
