@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from wattspan.collectors import REGISTRY, load_builtin_collectors
 from wattspan.collectors.base import DeviceInfo, PolledCollector, Unavailable
@@ -35,8 +36,8 @@ class Discovery:
 
 def _build(name: str, settings: Settings) -> PolledCollector:
     """Construct one collector with the settings it takes."""
-    roots = Roots(procfs=_path(settings.get("paths", "procfs_root")),
-                  sysfs=_path(settings.get("paths", "sysfs_root")))
+    roots = Roots(procfs=Path(settings.get("paths", "procfs_root")),
+                  sysfs=Path(settings.get("paths", "sysfs_root")))
     factory = REGISTRY[name].factory
     if name == "nvml":
         return factory(settings.get("nvml", "library"),
@@ -49,12 +50,6 @@ def _build(name: str, settings: Settings) -> PolledCollector:
     if name == "rapl":
         return factory(roots=roots)
     return factory()
-
-
-def _path(text: str):
-    from pathlib import Path
-
-    return Path(text)
 
 
 def enabled_names(settings: Settings) -> list[str]:

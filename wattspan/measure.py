@@ -134,8 +134,7 @@ def _worst(figures: Iterable[DeviceEnergy]) -> Quality:
 class _Step:
     """One step; a context manager, or ended by the next ``m.step()`` or the block's end."""
 
-    def __init__(self, owner: Measurement, name: str | None) -> None:
-        self._owner = owner
+    def __init__(self, name: str | None) -> None:
         self.name = name
         self.start_ns = time.monotonic_ns()
         self.end_ns: int | None = None
@@ -202,7 +201,7 @@ class Measurement:
             raise RuntimeError("step() outside the measured block")
         if self._open_step is not None:
             self._open_step.end()
-        step = _Step(self, name)
+        step = _Step(name)
         self._steps.append(step)
         self._open_step = step
         return step
