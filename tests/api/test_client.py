@@ -14,48 +14,13 @@ import threading
 import time
 
 import pytest
-import zmq
+from fakes.agent_socket import AgentSocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wattspan
 from wattspan import client
-from wattspan.protocol import Begin, End, decode_frame
-
-
-class Agent:
-    """A PULL socket bound like the agent's, decoding what arrives."""
-
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(endpoint)
-        self.frames = 0
-
-    def recv(self, n: int, timeout: float = 5.0) -> list[Begin | End]:
-        """Exactly ``n`` messages (fails on fewer within ``timeout``, or more right after)."""
-        out: list[Begin | End] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not self.sock.poll(left_ms):
-                break
-            out += decode_frame(self.sock.recv())
-            self.frames += 1
-        assert len(out) == n, f"received {len(out)} of {n} messages"
-        self.nothing(0.01)
-        return out
-
-    def nothing(self, timeout: float = 0.05) -> None:
-        if self.sock.poll(int(timeout * 1000)):
-            extra = decode_frame(self.sock.recv())
-            raise AssertionError(f"unexpected messages: {extra}")
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+from wattspan.protocol import Begin, End
 
 
 @pytest.fixture
@@ -68,7 +33,7 @@ def sockdir():
 
 @pytest.fixture
 def agent(sockdir):
-    a = Agent(f"ipc://{sockdir}/spans.sock")
+    a = AgentSocket(f"ipc://{sockdir}/spans.sock")
     client.configure(a.endpoint)
     try:
         yield a
@@ -382,7 +347,7 @@ def test_events_wait_for_the_connection(sockdir, monkeypatch):
         with wattspan.span("early"):
             pass
         time.sleep(0.02)  # the agent starts a little later
-        a = Agent(endpoint)
+        a = AgentSocket(endpoint)
         try:
             b, e = a.recv(2)
             assert b.name == "early" and e.span_id == b.span_id

@@ -6,54 +6,22 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from types import SimpleNamespace
 
 import pytest
-import zmq
+from fakes.agent_socket import AgentSocket
 
-from wattspan import client
-from wattspan.integrations import asgi as asgi_module
-from wattspan.integrations import wsgi as wsgi_module
+from wattspan import client, integrations
 from wattspan.integrations.asgi import WattspanMiddleware
 from wattspan.integrations.transformers import WattspanCallback
 from wattspan.integrations.wsgi import WattspanWSGIMiddleware
-from wattspan.protocol import Begin, End, decode_frame
-
-
-class Agent:
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(endpoint)
-
-    def recv(self, n: int, timeout: float = 5.0) -> list[Begin | End]:
-        out: list[Begin | End] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not self.sock.poll(left_ms):
-                break
-            out += decode_frame(self.sock.recv())
-        assert len(out) == n, f"received {len(out)} of {n} messages: {out}"
-        self.nothing(0.01)
-        return out
-
-    def nothing(self, timeout: float = 0.05) -> None:
-        if self.sock.poll(int(timeout * 1000)):
-            raise AssertionError(f"unexpected messages: {decode_frame(self.sock.recv())}")
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+from wattspan.protocol import End
 
 
 @pytest.fixture
 def agent():
     path = tempfile.mkdtemp(prefix="ws-")
-    a = Agent(f"ipc://{path}/spans.sock")
+    a = AgentSocket(f"ipc://{path}/spans.sock")
     client.configure(a.endpoint)
     try:
         yield a
@@ -188,7 +156,7 @@ def test_asgi_never_breaks_the_app_when_wattspan_fails(agent, monkeypatch):
         def __init__(self, *a, **k):
             raise RuntimeError("wattspan bug")
 
-    monkeypatch.setattr(asgi_module, "Span", Broken)
+    monkeypatch.setattr(integrations, "Span", Broken)
     app, _ = make_app()
     rec = run_asgi(WattspanMiddleware(app), http_scope(headers=[(b"x-request-id", b"\xff")]))
     assert rec.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
@@ -294,7 +262,7 @@ def test_wsgi_never_breaks_the_app_when_wattspan_fails(agent, monkeypatch):
         def __init__(self, *a, **k):
             raise RuntimeError("wattspan bug")
 
-    monkeypatch.setattr(wsgi_module, "Span", Broken)
+    monkeypatch.setattr(integrations, "Span", Broken)
 
     def app(environ, start_response):
         start_response("200 OK", [])

@@ -20,11 +20,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from wattspan.client import Span
+from wattspan.integrations import begin_request_span
 
 __all__ = ["WattspanMiddleware"]
 
@@ -61,20 +61,8 @@ class WattspanMiddleware:
                 if key.lower() == self._header:
                     request_id = value.decode("latin-1").strip() or None
                     break
-            if request_id is None:
-                request_id = uuid.uuid4().hex
-            if self.name is None:
-                name = scope.get("path") or "/"
-            elif callable(self.name):
-                name = self.name(scope)
-            else:
-                name = self.name
-            method = scope.get("method")
-            span = Span(name, request_id=request_id,
-                        attributes={"http.request.method": method} if method else None)
-            scope["wattspan.request_id"] = request_id
-            scope["wattspan.span"] = span
-            return span.__enter__()
+            return begin_request_span(scope, self.name, scope.get("path") or "/", request_id,
+                                      scope.get("method"))
         except Exception:
             return None
 

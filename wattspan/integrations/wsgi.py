@@ -17,10 +17,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 
 from wattspan.client import Span
+from wattspan.integrations import begin_request_span
 
 __all__ = ["WattspanWSGIMiddleware"]
 
@@ -49,19 +49,9 @@ class WattspanWSGIMiddleware:
 
     def _begin(self, environ: dict) -> Span | None:
         try:
-            request_id = (environ.get(self._environ_key) or "").strip() or uuid.uuid4().hex
-            if self.name is None:
-                name = environ.get("PATH_INFO") or "/"
-            elif callable(self.name):
-                name = self.name(environ)
-            else:
-                name = self.name
-            method = environ.get("REQUEST_METHOD")
-            span = Span(name, request_id=request_id,
-                        attributes={"http.request.method": method} if method else None)
-            environ["wattspan.request_id"] = request_id
-            environ["wattspan.span"] = span
-            return span.__enter__()
+            request_id = (environ.get(self._environ_key) or "").strip() or None
+            return begin_request_span(environ, self.name, environ.get("PATH_INFO") or "/",
+                                      request_id, environ.get("REQUEST_METHOD"))
         except Exception:
             return None
 
