@@ -263,14 +263,11 @@ class DeviceTimeline:
         points = [start_ns, *native.breakpoints_ns(t, e, p, start_ns, end_ns), end_ns]
         values, methods, lo, hi = native.energy_at(t, e, p, points)
         pieces = []
-        shaped = []  # fully covered pieces, as (s, f, power_w), for the peak and dynamic energy
         for s, f, e0, e1 in zip(points, points[1:], values, values[1:], strict=False):
-            if lo <= s and f <= hi:
-                pieces.append((s, f, e1 - e0, f - s))
-                shaped.append((s, f, (e1 - e0) / ((f - s) * 1e-9)))
-                continue
             covered = (f if f < hi else hi) - (s if s > lo else lo)
             pieces.append((s, f, e1 - e0, covered if covered > 0 else 0))
+        # Fully covered pieces, as (s, f, power_w), for the peak and dynamic energy.
+        shaped = _covered_power(points, values, lo, hi)
         figure = self._figure(start_ns, end_ns, values[0], values[-1], methods[0], methods[-1],
                               lo, hi, shaped, baseline_w)
         return figure, (pieces if figure.energy_j is not None else [])
@@ -382,13 +379,15 @@ def _pieces(t, e, p, start_ns: int, end_ns: int) -> list[tuple[int, int, float]]
     inner = list(native.breakpoints_ns(t, e, p, start_ns, end_ns))
     points = [start_ns, *inner, end_ns]
     values, _, lo, hi = native.energy_at(t, e, p, points)
-    pieces = []
-    for i in range(len(points) - 1):
-        s, f = points[i], points[i + 1]
-        if f <= s or s < lo or f > hi:
-            continue
-        pieces.append((s, f, (values[i + 1] - values[i]) / ((f - s) * 1e-9)))
-    return pieces
+    return _covered_power(points, values, lo, hi)
+
+
+def _covered_power(points, values, lo: int, hi: int) -> list[tuple[int, int, float]]:
+    """(start, end, power_w) of the pieces between consecutive ``points`` that lie wholly
+    inside the covered range [lo, hi], from the energies ``values`` at the points."""
+    return [(s, f, (e1 - e0) / ((f - s) * 1e-9))
+            for s, f, e0, e1 in zip(points, points[1:], values, values[1:], strict=False)
+            if f > s and lo <= s and f <= hi]
 
 
 class Timeline:
