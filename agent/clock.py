@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-monotonic_ns = time.monotonic_ns
-
 
 class UnixOffset:
     """Maps CLOCK_MONOTONIC ns to Unix ns; ``refresh`` re-measures it (NTP steps the wall clock)."""

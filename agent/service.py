@@ -246,6 +246,7 @@ class Agent:
         self._collect(intervals)
         records = []
         keep = []
+        self.unix.refresh()  # once per window: NTP may have stepped the wall clock
         while table.ended:
             span = table.ended.popleft()
             if span.end_ns <= end:
@@ -260,7 +261,6 @@ class Agent:
     # --- records
 
     def _span_record(self, span: Span, result: SpanEnergy | None) -> dict:
-        self.unix.refresh()
         devices = {}
         quality = Quality.PARTIAL
         energy = dynamic = None
